@@ -9,15 +9,20 @@ STAMP := $(VENV)/.installed
 # The notebooks and tests import nin_helpers from the repository root.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
+# ipywidgets 7.7.1, as Google Colab ships it, installed beside the venv's ipywidgets 8 for `make test-widgets-7`.
+WIDGETS7_DIR := $(VENV)/ipywidgets7
+WIDGETS7_STAMP := $(WIDGETS7_DIR)/.installed
+
 TRAIN_NOTEBOOK := notebooks/05_training.ipynb
 RUNS_DIR := runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint train lab clean
+.PHONY: help install test test-widgets-7 lint train lab clean
 
 help:
 	@echo "make install  create $(VENV) and install requirements.txt (other targets do this when needed)"
-	@echo "make test     lint, run the unit tests, then execute every notebook in its quick CPU profile"
+	@echo "make test     lint, run the unit and browser tests, then execute every notebook in its quick CPU profile"
+	@echo "make test-widgets-7  run tests/test_widgets.py with ipywidgets 7.7.1, as on Colab (make test does too)"
 	@echo "make lint     run ruff on the helpers, tests and notebooks"
 	@echo "make train    execute $(TRAIN_NOTEBOOK) headless into $(RUNS_DIR)/ and print the test accuracy"
 	@echo "make lab      open JupyterLab in notebooks/"
@@ -43,9 +48,25 @@ lint: $(STAMP)
 
 # --nbval compares every stored output; cells whose output varies (timings, training logs, widgets) are
 # marked NBVAL_IGNORE_OUTPUT. NIN_QUICK=1 makes the training notebook run its short CPU profile.
-test: lint
-	@echo "Running unit tests and notebooks with NIN_QUICK=1"
-	NIN_QUICK=1 $(BIN)/python -m pytest --nbval --nbval-current-env tests notebooks
+# tests/test_browser.py needs Chromium (Debian's chromium package) and skips without it, except on CI.
+test: lint test-widgets-7
+	@echo "Running unit tests, browser tests and notebooks with NIN_QUICK=1"
+	NIN_QUICK=1 NIN_EXPECTED_IPYWIDGETS_MAJOR=8 $(BIN)/python -m pytest --nbval --nbval-current-env tests notebooks
+
+# pip --target puts ipywidgets 7.7.1 in its own folder, and PYTHONPATH puts that folder before the venv's
+# ipywidgets 8. --no-deps keeps the venv's ipykernel, IPython and traitlets, because the file lists the rest.
+$(WIDGETS7_STAMP): requirements-ipywidgets7.txt $(STAMP)
+	@echo "Installing requirements-ipywidgets7.txt into $(WIDGETS7_DIR)"
+	rm -rf $(WIDGETS7_DIR)
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --no-deps --target $(WIDGETS7_DIR) \
+		-r requirements-ipywidgets7.txt
+	@touch $@
+
+# ipywidgets 7.7.1 calls ipykernel functions that newer ipykernel releases deprecate, hence the -W option.
+test-widgets-7: $(WIDGETS7_STAMP)
+	@echo "Running tests/test_widgets.py with ipywidgets 7.7.1"
+	NIN_EXPECTED_IPYWIDGETS_MAJOR=7 PYTHONPATH=$(CURDIR)/$(WIDGETS7_DIR):$(PYTHONPATH) \
+		$(BIN)/python -m pytest -W ignore::DeprecationWarning tests/test_widgets.py
 
 # The notebook writes $(RUNS_DIR)/metrics.json. NIN_RUNS_DIR gives it that folder as an absolute path,
 # because nbconvert runs the notebook with notebooks/ as its working directory.

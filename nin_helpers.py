@@ -68,8 +68,10 @@ def build_sliders(report: Callable[..., str], **sliders: Any) -> Any:
         print(report(**values))
 
     panel = widgets.interactive(show, **sliders)
-    # ipywidgets 7.7 computes nothing until the first update, so run one now.
-    panel.update()
+    # ipywidgets 8 runs the first update in the constructor, and 7.7 only once the panel is
+    # displayed. Run it now unless it ran: an update fills panel.kwargs with the slider values.
+    if not panel.kwargs:
+        panel.update()
     return panel
 
 
@@ -735,19 +737,6 @@ def init_weights(model: nn.Module, scheme: str = "xavier") -> None:
                     nn.init.zeros_(module.bias)
 
 
-def build_nin(recipe: Recipe | None = None, seed: int = 0) -> NiN:
-    """Build the NiN that ``recipe`` trains, with weights drawn from ``seed``.
-
-    The recipe sets the initialisation and whether blocks use batch normalization; the
-    default is the lesson's recipe: the original NiN with Xavier-uniform weights.
-    """
-    recipe = recipe or LESSON_RECIPE
-    torch.manual_seed(seed)
-    model = NiN(batch_norm=recipe.batch_norm)
-    init_weights(model, recipe.init)
-    return model
-
-
 @dataclass(frozen=True)
 class Recipe:
     """Training hyperparameters. Sizes in pixels and images; learning rate per step of SGD.
@@ -783,6 +772,56 @@ class Recipe:
 # The recipe of the Dive into Deep Learning NiN chapter: plain SGD, lr 0.1, 10 epochs,
 # batch 128, inputs resized to 224, Xavier-uniform initialisation.
 LESSON_RECIPE = Recipe()
+
+
+# Changes measured to train faster and more reliably, the architecture otherwise unchanged:
+# batch normalization in every block, Kaiming-normal initialisation, SGD with Nesterov
+# momentum 0.9 and weight decay 5e-4, a one-epoch linear warm-up then a cosine decay of
+# the learning rate, and label smoothing 0.1.
+IMPROVED_RECIPE = Recipe(
+    name="improved", init="kaiming", batch_norm=True, lr=0.05, momentum=0.9, nesterov=True,
+    weight_decay=5e-4, warmup_epochs=1, cosine_schedule=True, label_smoothing=0.1,
+)
+
+
+def build_nin(recipe: Recipe | None = None, seed: int = 0) -> NiN:
+    """Build the NiN that ``recipe`` trains, with weights drawn from ``seed``.
+
+    The recipe sets the initialisation and whether blocks use batch normalization; the
+    default is the lesson's recipe: the original NiN with Xavier-uniform weights.
+    """
+    recipe = recipe or LESSON_RECIPE
+    torch.manual_seed(seed)
+    model = NiN(batch_norm=recipe.batch_norm)
+    init_weights(model, recipe.init)
+    return model
+
+
+def build_fc_head_variant(recipe: Recipe | None = None, seed: int = 0) -> nn.Sequential:
+    """Build NiN with its last block and global pooling replaced by an AlexNet-style FC head.
+
+    Blocks 1-3 and their pooling stay; then flatten -> 4096 -> 4096 -> 10 with ReLU and
+    dropout 0.5, sized for the feature map at ``recipe.image_size``. This is the baseline
+    for NiN's claims: fewer parameters, better generalisation, slower convergence.
+    """
+    recipe = recipe or LESSON_RECIPE
+    torch.manual_seed(seed)
+    nin = NiN(batch_norm=recipe.batch_norm)
+    side = spatial_output_size(nn.Sequential(nin.block1, nin.pool1, nin.block2, nin.pool2, nin.block3, nin.pool3),
+                               recipe.image_size)
+    model = nn.Sequential(OrderedDict([
+        *list(nin.named_children())[:6],
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(384 * side * side, 4096)),
+        ("relu1", nn.ReLU()),
+        ("dropout1", nn.Dropout(0.5)),
+        ("fc2", nn.Linear(4096, 4096)),
+        ("relu2", nn.ReLU()),
+        ("dropout2", nn.Dropout(0.5)),
+        ("fc3", nn.Linear(4096, 10)),
+    ]))
+    init_weights(model, recipe.init)
+    return model
 
 
 def quick_cpu_profile(recipe: Recipe = LESSON_RECIPE) -> Recipe:
@@ -833,6 +872,76 @@ def _autocast(device: torch.device, amp: bool) -> tuple[Any, torch.amp.GradScale
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16), None
+
+
+def _cpu_has_bf16_instructions() -> bool:
+    """Return whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX).
+
+    oneDNN runs bf16 convolutions natively only on such CPUs and emulates them elsewhere.
+    """
+    # NOTE: both checks are private PyTorch functions (present in torch 2.14); where they are
+    # missing this returns False, so CPU training stays in fp32.
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def default_amp(device: torch.device | str) -> bool:
+    """Return whether ``train`` uses mixed precision on ``device`` when ``amp`` is None.
+
+    True for CUDA, and for CPUs with bf16 instructions, where the bf16 training step of NiN
+    measured faster than fp32 (docs/benchmarks.md). Emulated bf16 was not measured, so other
+    CPUs and Apple MPS keep fp32. Pass the result as ``amp`` to ``predict`` and ``evaluate``
+    to get the same predictions as the test accuracy that ``train`` records.
+
+    NOTE: the figures come from one 2-core AMD EPYC shared with other busy processes. There,
+    OpenMP threads that spin-wait stalled some steps by seconds, in fp32 and in bf16. Setting
+    ``OMP_WAIT_POLICY=PASSIVE`` in the environment before PyTorch loads avoided that.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and _cpu_has_bf16_instructions()
+
+
+def default_channels_last(device: torch.device | str) -> bool:
+    """Return whether ``train`` stores activations as (N, H, W, C) on ``device`` when ``channels_last`` is None.
+
+    True for CUDA and the CPU, where oneDNN then skips reordering every activation (measured
+    faster for NiN on the CPU, docs/benchmarks.md). Apple MPS keeps NCHW.
+    """
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+def _compile_model(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return ``torch.compile(model)``, or ``model`` with a one-line notice if that raises."""
+    compile_function = getattr(torch, "compile", None)
+    if compile_function is None:
+        print(f"torch.compile is not available in PyTorch {torch.__version__}; training without compile.")
+        return model
+    try:
+        return compile_function(model)
+    except RuntimeError as error:  # e.g. a Python version that this PyTorch cannot compile for
+        print(f"torch.compile failed ({_first_line(error)}); training without compile.")
+        return model
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _forward_backward(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                      loss_function: nn.Module, autocast: Any,
+                      scaler: torch.amp.GradScaler | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward pass and accumulate the gradients, returning the logits and the loss."""
+    with autocast:
+        logits = forward(x)
+        loss = loss_function(logits, y)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    return logits, loss
 
 
 def predict(model: nn.Module, images: torch.Tensor, image_size: int, batch_size: int = 512,
@@ -917,6 +1026,7 @@ def train(
     resume: bool = True,
     amp: bool | None = None,
     channels_last: bool | None = None,
+    compile: bool = False,
     progress: bool = True,
     live_plot: bool = False,
     log_every: int = 50,
@@ -930,16 +1040,24 @@ def train(
 
     The data set moves to ``device`` once as uint8; batches are resized there. With
     ``checkpoint`` set, a checkpoint is saved atomically after every epoch, and an existing
-    one is resumed when ``resume`` is true. ``amp`` (default: on for CUDA) uses bf16
-    autocast, or fp16 with a gradient scaler on GPUs without bf16. ``step_callback(epoch,
-    step)`` runs after every step. A KeyboardInterrupt stops training and returns the
-    finished epochs; ``TrainingCollapsed`` and ``TrainingDiverged`` stop it with advice.
+    one is resumed when ``resume`` is true. ``amp`` uses bf16 autocast, or fp16 with a
+    gradient scaler on GPUs without bf16. By default it is on for CUDA and for CPUs with
+    bf16 instructions (AVX512-BF16 or AMX). ``channels_last`` (default: on for CUDA and the
+    CPU) stores activations as (N, H, W, C). ``compile`` runs the model through
+    ``torch.compile``; if that is unavailable or fails on the first step, training goes on
+    without it after a one-line notice. On CUDA, ``torch.backends.cudnn.benchmark`` is set
+    to True for the whole process. ``step_callback(epoch, step)`` runs after every step.
+    A KeyboardInterrupt stops training and returns the finished epochs;
+    ``TrainingCollapsed`` and ``TrainingDiverged`` stop it with advice.
     """
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else choose_device()
-    amp = device.type == "cuda" if amp is None else amp
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    amp = default_amp(device) if amp is None else amp
+    channels_last = default_channels_last(device) if channels_last is None else channels_last
+    if device.type == "cuda":
+        # Every batch has the same shape (the last one aside), so autotuning pays off.
+        torch.backends.cudnn.benchmark = True
     data = data.subset(recipe.train_images, recipe.test_images, seed=seed).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
@@ -950,6 +1068,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(recipe, steps_per_epoch))
     loss_function = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     autocast, scaler = _autocast(device, amp)
+    forward = _compile_model(model) if compile else model
+    compile_checked = not compile
 
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -985,16 +1105,26 @@ def train(
                                       recipe.image_size, order)
             for step, (x, y) in enumerate(batches):
                 x = x.contiguous(memory_format=memory_format)
-                with autocast:
-                    logits = model(x)
-                    loss = loss_function(logits, y)
                 optimizer.zero_grad(set_to_none=True)
+                try:
+                    logits, loss = _forward_backward(forward, x, y, loss_function, autocast, scaler)
+                except Exception as error:
+                    # torch.compile compiles on the first call, so a missing compiler or an
+                    # unsupported operation shows up here. Errors of the eager model re-raise.
+                    if compile_checked or forward is model:
+                        raise
+                    print(f"torch.compile failed on the first step ({_first_line(error)}); "
+                          f"training without compile.")
+                    forward = model
+                    optimizer.zero_grad(set_to_none=True)
+                    logits, loss = _forward_backward(forward, x, y, loss_function, autocast, scaler)
+                compile_checked = True
                 if scaler is not None:
-                    scaler.scale(loss).backward()
+                    # NOTE: scaler.step reads the inf check back to the host, one sync per step
+                    # on GPUs without bf16 (fp16 path only).
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
                     optimizer.step()
                 scheduler.step()
 
@@ -1075,10 +1205,15 @@ def plot_history(histories: dict[str, list[dict[str, float]]]) -> Any:
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(9, 3.2))
     for name, history in histories.items():
         epochs = [row["epoch"] for row in history]
-        loss_axis.plot(epochs, [row["loss"] for row in history], marker="o", label=name)
-        accuracy_axis.plot(epochs, [row["train_acc"] for row in history], marker="o", label=f"{name}: train")
-        accuracy_axis.plot(epochs, [row["test_acc"] for row in history], marker="s", linestyle="--",
+        # One color per run in both panels: train solid, test dashed.
+        (loss_line,) = loss_axis.plot(epochs, [row["loss"] for row in history], marker="o", label=name)
+        color = loss_line.get_color()
+        accuracy_axis.plot(epochs, [row["train_acc"] for row in history], marker="o", color=color,
+                           label=f"{name}: train")
+        accuracy_axis.plot(epochs, [row["test_acc"] for row in history], marker="s", linestyle="--", color=color,
                            label=f"{name}: test")
+    for axis in (loss_axis, accuracy_axis):
+        axis.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # epochs are whole numbers
     loss_axis.set(xlabel="epoch", ylabel="training loss", title="Loss")
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
     loss_axis.legend(fontsize=8)
