@@ -97,6 +97,8 @@ except FileNotFoundError:
     sys.exit(f"{path} not found: the training notebook must write its metrics there")
 if "test_accuracy" not in metrics:
     sys.exit(f"{path} has no 'test_accuracy' entry; it contains {sorted(metrics)}")
-print(f"Final test accuracy: {100 * metrics['test_accuracy']:.2f}%")
+profile = metrics.get("profile", "unknown")
+recipe = metrics.get("recipe", "unknown")
+print(f"Final test accuracy: {100 * metrics['test_accuracy']:.2f}% ({profile} profile, {recipe} recipe)")
 endef
 export PRINT_ACCURACY

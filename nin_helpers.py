@@ -567,9 +567,18 @@ def _md5(path: Path) -> str:
 
 
 def _missing_files_message(raw_dir: Path, missing: Sequence[str]) -> str:
-    return (
-        f"Fashion-MNIST files not found in {raw_dir}: missing {', '.join(missing)}. "
-        f"The folder needs all four files: {', '.join(FASHION_MNIST_FILES)}. "
+    if len(missing) == len(FASHION_MNIST_FILES):
+        found = f"Fashion-MNIST files not found in {raw_dir}: all four are missing ({', '.join(missing)}). "
+    else:
+        found = (f"Fashion-MNIST files not found in {raw_dir}: missing {', '.join(missing)}. "
+                 f"The folder needs all four files: {', '.join(FASHION_MNIST_FILES)}. ")
+    root = raw_dir.parent.parent
+    # A common mistake is to give the raw/ folder itself, or FashionMNIST/, as the data folder.
+    for given, correct in ((root, root.parent.parent), (root / "raw", root.parent)):
+        if all((given / name).is_file() for name in FASHION_MNIST_FILES):
+            found += (f"The files are in {given}, so the data folder should be {correct} "
+                      f"(the folder that contains FashionMNIST/raw/). ")
+    return found + (
         f"Run load_fashion_mnist(download=True) with internet access, or copy the files "
         f"(from https://github.com/zalandoresearch/fashion-mnist, gunzipped) into that folder, "
         f"or set {DATA_DIR_VARIABLE} to a folder that has FashionMNIST/raw/ with them."

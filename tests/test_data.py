@@ -118,3 +118,12 @@ def test_failed_download_leaves_nothing(monkeypatch, tmp_path):
         assert name in message
     assert nh.DATA_DIR_VARIABLE in message
     assert not root.exists() or not any(root.rglob("*"))
+
+
+def test_raw_folder_given_as_root(data_dir):
+    raw = data_dir / "FashionMNIST" / "raw"
+    with pytest.raises(nh.DataError) as error:
+        nh.load_fashion_mnist(raw, download=False)
+    message = str(error.value)
+    assert f"the data folder should be {data_dir}" in message
+    assert nh.DATA_DIR_VARIABLE in message
