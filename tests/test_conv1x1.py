@@ -7,7 +7,7 @@ from torch import nn
 import nin_helpers as nh
 
 
-def test_pixels_as_samples_puts_pixel_n_i_j_in_row_n_h_w_plus_i_w_plus_j():
+def test_pixels_as_samples_row_order():
     x = torch.randn(2, 3, 4, 5)  # height 4 and width 5 differ, so swapping them would show
     rows = nh.pixels_as_samples(x)
     assert rows.shape == (2 * 4 * 5, 3)
@@ -31,7 +31,7 @@ def test_linear_from_conv1x1_gives_the_same_output(bias):
     torch.testing.assert_close(linear(nh.pixels_as_samples(x)), nh.pixels_as_samples(conv(x)))
 
 
-def test_linear_from_conv1x1_accepts_valid_padding_and_keeps_dtype():
+def test_linear_from_conv1x1_valid_padding_dtype():
     conv = nn.Conv2d(3, 2, kernel_size=1, padding="valid", dtype=torch.float64)
     x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
     linear = nh.linear_from_conv1x1(conv)

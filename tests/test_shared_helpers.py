@@ -73,10 +73,12 @@ def test_build_sliders_reports_current_values():
     panel = nh.build_sliders(report, a=a, b=b)
 
     # The report ran before any slider moved, with the initial values.
-    assert calls and calls[-1] == (3, 2)
+    assert calls
+    assert calls[-1] == (3, 2)
     # A slider created elsewhere is switched to update on release only.
     assert b.continuous_update is False
-    assert a in panel.children and b in panel.children
+    assert a in panel.children
+    assert b in panel.children
 
     a.value = 7
     assert calls[-1] == (7, 2)
