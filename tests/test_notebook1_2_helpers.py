@@ -27,7 +27,7 @@ def fc_head_like_alexnet(flat_features: int, num_classes: int) -> nn.Sequential:
 
 
 # ---------------------------------------------------------------------------------------
-# Shared helpers used by both notebooks
+# Shared helpers (more in test_shared_helpers.py)
 # ---------------------------------------------------------------------------------------
 
 
@@ -35,50 +35,6 @@ def test_count_parameters_linear_and_conv():
     assert nh.count_parameters(nn.Linear(10, 3)) == 10 * 3 + 3
     assert nh.count_parameters(nn.Conv2d(4, 6, kernel_size=3)) == 6 * 4 * 3 * 3 + 6
     assert nh.count_parameters(nn.Conv2d(4, 6, kernel_size=1, bias=False)) == 24
-
-
-def test_count_parameters_includes_frozen():
-    layer = nn.Linear(5, 2)
-    layer.weight.requires_grad_(False)
-    assert nh.count_parameters(layer) == 12
-
-
-def test_output_shape_matches_real_forward():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, kernel_size=5, stride=2), nn.ReLU(), nn.MaxPool2d(2))
-    expected = tuple(model(torch.zeros(2, 3, 37, 41)).shape)
-    assert nh.output_shape(model, (2, 3, 37, 41)) == expected
-
-
-def test_output_shape_leaves_module_unchanged():
-    model = nn.Conv2d(3, 8, kernel_size=3)
-    before = model.weight.detach().clone()
-    nh.output_shape(model, (1, 3, 16, 16))
-    assert model.weight.device.type == "cpu"
-    assert torch.equal(model.weight.detach(), before)
-
-
-def test_int_slider_settings():
-    slider = nh.int_slider(224, 32, 512, "input size", step=8)
-    assert (slider.value, slider.min, slider.max, slider.step) == (224, 32, 512, 8)
-    assert slider.description == "input size"
-    assert slider.continuous_update is False
-
-
-def test_build_sliders_calls_report_with_values():
-    calls = []
-
-    def report(a: int, b: int) -> str:
-        calls.append((a, b))
-        return f"a={a}, b={b}"
-
-    panel = nh.build_sliders(report, a=nh.int_slider(2, 0, 9, "a"), b=nh.int_slider(5, 0, 9, "b"))
-    assert calls[-1] == (2, 5)
-
-    panel.children[0].value = 7
-    assert calls[-1] == (7, 5)
-    for slider in panel.children[:2]:
-        assert slider.continuous_update is False, slider.description
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,21 +140,8 @@ def test_nin_far_smaller_than_alexnet_head():
 
 
 # ---------------------------------------------------------------------------------------
-# Notebook 2: 1x1 convolutions
+# Notebook 2: 1x1 convolutions (more in test_conv1x1.py)
 # ---------------------------------------------------------------------------------------
-
-
-def test_pixels_as_samples_row_order():
-    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    table = nh.pixels_as_samples(x)
-    assert table.shape == (2 * 4 * 5, 3)
-    for n, h, w in [(0, 0, 0), (0, 1, 2), (1, 3, 4), (1, 0, 3)]:
-        assert torch.equal(table[n * 4 * 5 + h * 5 + w], x[n, :, h, w])
-
-
-def test_pixels_as_samples_rejects_3d():
-    with pytest.raises(ValueError, match="4-D"):
-        nh.pixels_as_samples(torch.zeros(3, 4, 5))
 
 
 def test_conv1x1_matches_linear_random_shapes():
@@ -223,30 +166,6 @@ def test_linear_from_conv1x1_keeps_dtype():
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(linear(nh.pixels_as_samples(x)), nh.pixels_as_samples(conv(x)))
-
-
-def test_linear_from_conv1x1_copies_not_shares():
-    conv = nn.Conv2d(3, 2, kernel_size=1)
-    linear = nh.linear_from_conv1x1(conv)
-    with torch.no_grad():
-        linear.weight.zero_()
-    assert conv.weight.abs().sum() > 0
-
-
-@pytest.mark.parametrize(
-    "conv",
-    [
-        nn.Conv2d(3, 4, kernel_size=3),
-        nn.Conv2d(3, 4, kernel_size=(1, 3)),
-        nn.Conv2d(3, 4, kernel_size=1, stride=2),
-        nn.Conv2d(3, 4, kernel_size=1, padding=1),
-        nn.Conv2d(6, 6, kernel_size=1, groups=3),
-    ],
-    ids=["3x3", "1x3", "stride2", "padding1", "groups3"],
-)
-def test_linear_from_conv1x1_rejects_non_1x1(conv):
-    with pytest.raises(ValueError):
-        nh.linear_from_conv1x1(conv)
 
 
 @pytest.mark.parametrize("in_channels, out_channels, size", [(3, 1, 32), (96, 96, 54), (1, 1, 1), (7, 5, 3)])
