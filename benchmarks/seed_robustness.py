@@ -12,12 +12,13 @@ Example, the figures recorded in docs/benchmarks.md:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from full_training import write_json  # noqa: E402
 
 import nin_helpers as nh  # noqa: E402
 
@@ -34,19 +35,24 @@ def run_seed(data: nh.FashionMNISTData, recipe: nh.Recipe, seed: int, device: st
         test_acc = history[-1]["test_acc"]
         # A run that never left chance level collapsed too, even if not every logit hit 0.
         collapsed = test_acc <= CHANCE + 0.02
-    except nh.TrainingCollapsed as error:
+        stopped = None
+    except nh.TrainingFailed as error:
+        # TrainingCollapsed or TrainingDiverged: both end the run early, and the next seed still runs.
         history = error.history
         test_acc = history[-1]["test_acc"] if history else CHANCE
-        collapsed = True
+        collapsed = isinstance(error, nh.TrainingCollapsed)
+        stopped = type(error).__name__
     return {"recipe": recipe.name.split(" ")[0], "seed": seed, "test_acc": round(test_acc, 4),
-            "collapsed": collapsed, "seconds": round(time.perf_counter() - started, 1)}
+            "collapsed": collapsed, "stopped": stopped, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), nargs="+", default=["improved"],
                         help="recipes to train (default: improved)")
-    parser.add_argument("--seeds", type=int, default=10, help="number of seeds per recipe, 0..N-1 (default: 10)")
+    parser.add_argument("--seeds", type=int, default=10, help="number of seeds per recipe (default: 10)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first seed; the seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1 (default: 0)")
     parser.add_argument("--threshold", type=float, default=0.70,
                         help="final test accuracy above which a run counts as learned (default: 0.70)")
     parser.add_argument("--full", action="store_true",
@@ -62,17 +68,21 @@ def main() -> None:
     data = nh.load_fashion_mnist(args.data_dir)
     results = []
     print(f"{'recipe':<10}{'seed':>5}{'test acc':>10}{'collapsed':>11}{'seconds':>9}")
-    for name in args.recipe:
-        recipe = RECIPES[name] if args.full else nh.quick_cpu_profile(RECIPES[name])
-        for seed in range(args.seeds):
+    # Seeds in the outer loop, so that a run stopped early has the same seeds for each recipe.
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for name in args.recipe:
+            recipe = RECIPES[name] if args.full else nh.quick_cpu_profile(RECIPES[name])
             result = run_seed(data, recipe, seed, device)
             results.append(result)
             print(f"{name:<10}{seed:>5}{result['test_acc']:>10.3f}{str(result['collapsed']):>11}"
                   f"{result['seconds']:>9.1f}", flush=True)
+            if args.output is not None:
+                # Written after every seed, so a run stopped early keeps the finished seeds.
+                write_json(args.output, results)
+    for name in args.recipe:
         learned = sum(r["test_acc"] > args.threshold for r in results if r["recipe"] == name)
         print(f"{name}: {learned} of {args.seeds} seeds above {args.threshold:.2f}")
     if args.output is not None:
-        args.output.write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.output}")
 
 

@@ -68,17 +68,23 @@ def test_four_to_six_exercises(notebook):
     assert 4 <= count <= 6, f"{count} exercises"
 
 
-def run_seed_cell(notebook, tmp_path, monkeypatch, rows):
-    """Run the seed-study cell with ``rows`` as docs/seed_robustness_cpu.json (None: no file)."""
+def run_docs_cell(notebook, tmp_path, monkeypatch, marker, files):
+    """Run the cell containing ``marker`` with ``files`` (name -> JSON value) in docs/."""
     (tmp_path / "notebooks").mkdir()
-    if rows is not None:
-        (tmp_path / "docs").mkdir()
-        (tmp_path / "docs" / "seed_robustness_cpu.json").write_text(json.dumps(rows))
+    (tmp_path / "docs").mkdir()
+    for name, value in files.items():
+        (tmp_path / "docs" / name).write_text(json.dumps(value))
     monkeypatch.chdir(tmp_path / "notebooks")
     monkeypatch.setattr(plt, "show", lambda: None)
-    source = cell_containing(notebook, "seed_robustness_cpu.json").source
+    source = cell_containing(notebook, marker).source
     exec(source, {"json": json, "plt": plt, "Path": Path})  # names the notebook imports in earlier cells
     plt.close("all")
+
+
+def run_seed_cell(notebook, tmp_path, monkeypatch, rows):
+    """Run the seed-study cell with ``rows`` as docs/seed_robustness_cpu.json (None: no file)."""
+    files = {} if rows is None else {"seed_robustness_cpu.json": rows}
+    run_docs_cell(notebook, tmp_path, monkeypatch, "seed_robustness_cpu.json", files)
 
 
 def test_seed_cell_without_file(notebook, tmp_path, monkeypatch, capsys):
@@ -100,3 +106,34 @@ def test_seed_cell_counts_per_recipe(notebook, tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "lesson: 1 of 3 seeds above 0.70 test accuracy, 1 collapsed, median 0.650"
     assert lines[1] == "improved: 2 of 2 seeds above 0.70 test accuracy, 0 collapsed, median 0.840"
+
+
+def run_full_runs_cell(notebook, tmp_path, monkeypatch, files):
+    """Run the full-runs cell with ``files`` (name -> records) in docs/."""
+    run_docs_cell(notebook, tmp_path, monkeypatch, "full_training_*.json", files)
+
+
+def full_run(model, recipe, accuracies, train_acc):
+    history = [{"epoch": float(i + 1), "test_acc": acc, "train_acc": train_acc} for i, acc in enumerate(accuracies)]
+    return {"model": model, "recipe": recipe, "history": history, "parameters": 1_996_642,
+            "wall_seconds": 1500.0, "hardware": "CPU X, 2 logical cores"}
+
+
+def test_full_runs_cell_without_files(notebook, tmp_path, monkeypatch, capsys):
+    run_full_runs_cell(notebook, tmp_path, monkeypatch, {})
+    output = capsys.readouterr().out
+    assert "No full-length run has been recorded yet" in output
+    assert "python benchmarks/full_training.py" in output
+
+
+def test_full_runs_cell_reads_every_file(notebook, tmp_path, monkeypatch, capsys):
+    files = {
+        "full_training_cpu.json": [full_run("nin", "improved (image size 96)", [0.8, 0.9], 0.95)],
+        "full_training_gpu.json": [full_run("fc-head", "improved", [0.85, 0.88, 0.91], 0.93)],
+    }
+    run_full_runs_cell(notebook, tmp_path, monkeypatch, files)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("NiN, improved (image size 96): test accuracy 0.800 after epoch 1, 0.900 after epoch 2, "
+                        "gap +0.050")
+    assert lines[1] == "    1,996,642 parameters, 25 min on CPU X, 2 logical cores"
+    assert lines[2] == "FC head, improved: test accuracy 0.850 after epoch 1, 0.910 after epoch 3, gap +0.020"
