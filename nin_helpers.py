@@ -1174,7 +1174,10 @@ def train(
             if live_plot:
                 plot_handle = _update_live_plot(plot_handle, {recipe.name: history})
     except KeyboardInterrupt:
-        where = f"; the last checkpoint is {checkpoint}" if checkpoint is not None else ""
+        where = ""
+        if checkpoint is not None:
+            saved = Path(checkpoint).is_file()
+            where = f"; the last checkpoint is {checkpoint}" if saved else "; no checkpoint was saved yet"
         print(f"Training interrupted during epoch {len(history) + 1}. The {len(history)} finished "
               f"epochs are kept in the returned history{where}. Run train again with the same "
               f"checkpoint to resume.")

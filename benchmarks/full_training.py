@@ -124,8 +124,29 @@ def run_recipe(data: nh.FashionMNISTData, recipe: nh.Recipe, args: argparse.Name
     if device.type == "cuda":
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     if resumed:
-        record["note"] = "resumed from a checkpoint: wall_seconds covers the last part only"
+        # The time before the interruption is lost, so the epochs' own times stand in for it.
+        record["wall_seconds"] = round(sum(row["seconds"] for row in history), 2)
+        record["note"] = ("resumed from a checkpoint: wall_seconds is the sum of the epochs' seconds, "
+                          "without moving the data to the device")
     return record
+
+
+def check_device(parser: argparse.ArgumentParser, name: str | None) -> None:
+    """Exit through ``parser.error`` unless ``name`` is a device that PyTorch has here (None: any)."""
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device {name} is invalid: use cpu, cuda, cuda:N or mps.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name} was requested but CUDA is not available here; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"--device {name} is invalid: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        parser.error(f"--device {name} was requested but Apple MPS is not available here; use --device cpu.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        parser.error(f"--device {name} is not supported: use cpu, cuda, cuda:N or mps.")
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,7 +169,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="save a checkpoint per recipe after each epoch here, and resume from it")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per recipe")
     parser.add_argument("--output", type=Path, default=None, help="also write the records as JSON to this file")
-    parser.add_argument("--data-dir", default=None, help=f"Fashion-MNIST folder (default: ${nh.DATA_DIR_VARIABLE})")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"folder that contains FashionMNIST/raw/ (default: ${nh.DATA_DIR_VARIABLE})")
     args = parser.parse_args(argv)
     min_size = nh.NiN().min_input_size
     if args.image_size is not None and args.image_size < min_size:
@@ -157,8 +179,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} {value} is invalid: it must be at least 1.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda was requested but CUDA is not available here; use --device cpu.")
+    for name, count in (("train_images", 60_000), ("test_images", 10_000)):
+        value = getattr(args, name)
+        if value is not None and value > count:
+            parser.error(f"--{name.replace('_', '-')} {value} is invalid: Fashion-MNIST has {count:,} such images.")
+    check_device(parser, args.device)
+    if args.output is not None and args.output.is_dir():
+        parser.error(f"--output {args.output} is a folder: give a file name, e.g. {args.output / 'full.json'}.")
+    if args.checkpoint_dir is not None and args.checkpoint_dir.exists() and not args.checkpoint_dir.is_dir():
+        parser.error(f"--checkpoint-dir {args.checkpoint_dir} is a file: give a folder.")
     return args
 
 

@@ -19,9 +19,11 @@ cd "$(dirname "$0")/.."
 
 out=${1:-runs/gpu_check}
 budget=${GPU_CHECK_SECONDS:-540}
-python=${PYTHON:-python3}
+# PYTHON sets the interpreter. Else the project's .venv is used when it exists, else python3.
+default_python=python3
+if [[ -x .venv/bin/python ]]; then default_python=.venv/bin/python; fi
+python=${PYTHON:-$default_python}
 export PYTHONUNBUFFERED=1
-mkdir -p "$out"
 started=$SECONDS
 failed=()
 stopped=()
@@ -52,6 +54,10 @@ step() {
     fi
 }
 
+if ! "$python" -c "import torch" 2>/dev/null; then
+    echo "$python cannot import torch. Set PYTHON to an interpreter with PyTorch installed." >&2
+    exit 2
+fi
 if ! "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "CUDA is not available to $python here. Run this script on a machine with an NVIDIA GPU." >&2
     exit 2
@@ -61,6 +67,7 @@ if ! "$python" -c "import nin_helpers as nh; nh.verify_fashion_mnist()"; then
     exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+mkdir -p "$out"
 
 bench=(benchmarks/bench_training.py --device cuda --image-size 224 --batches 300)
 # The margins keep time for the steps after each one.

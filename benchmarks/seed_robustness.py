@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from full_training import write_json  # noqa: E402
+from full_training import check_device, write_json  # noqa: E402
 
 import nin_helpers as nh  # noqa: E402
 
@@ -63,6 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds={args.seeds} is invalid: it must be at least 1.")
+    check_device(parser, args.device)
 
     device = args.device or str(nh.choose_device())
     data = nh.load_fashion_mnist(args.data_dir)

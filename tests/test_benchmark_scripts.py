@@ -51,6 +51,8 @@ def test_full_training_resumes_from_its_checkpoint(data_dir, tmp_path, monkeypat
     (again,) = full_training.main(arguments)
     assert again["history"] == first["history"]
     assert "resumed" in again["note"]
+    # The wall time before the interruption is unknown, so the epochs' times stand in for it.
+    assert again["wall_seconds"] == round(sum(row["seconds"] for row in first["history"]), 2)
 
 
 def test_full_training_records_collapse(data_dir, tmp_path, monkeypatch):
@@ -89,6 +91,9 @@ def test_full_training_trains_fc_head(data_dir, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("option", "value", "expected"), [
     ("--image-size", "66", "--image-size 66 is invalid: NiN needs at least 67 pixels."),
+    ("--train-images", "100000", "--train-images 100000 is invalid: Fashion-MNIST has 60,000 such images."),
+    ("--test-images", "10001", "--test-images 10001 is invalid: Fashion-MNIST has 10,000 such images."),
+    ("--device", "gpu", "--device gpu is invalid: use cpu, cuda, cuda:N or mps."),
     ("--epochs", "0", "--epochs 0 is invalid: it must be at least 1."),
     ("--train-images", "-5", "--train-images -5 is invalid: it must be at least 1."),
 ])
@@ -96,6 +101,19 @@ def test_full_training_rejects_bad_sizes(option, value, expected, capsys):
     with pytest.raises(SystemExit):
         full_training.parse_arguments([option, value])
     assert expected in capsys.readouterr().err
+
+
+def test_full_training_rejects_folder_as_output(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        full_training.parse_arguments(["--output", str(tmp_path)])
+    assert f"--output {tmp_path} is a folder: give a file name" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_without_cuda_rejected(capsys):
+    with pytest.raises(SystemExit):
+        full_training.parse_arguments(["--device", "cuda:0"])
+    assert "--device cuda:0 was requested but CUDA is not available here" in capsys.readouterr().err
 
 
 def test_seed_robustness_saves_each_seed(tmp_path, monkeypatch):
@@ -125,6 +143,7 @@ def test_seed_robustness_saves_each_seed(tmp_path, monkeypatch):
 # checked without a GPU.
 FAKE_PYTHON = """#!/usr/bin/env bash
 echo "$*" >> "$CALLS"
+if [[ "$1" == -c && "$2" == "import torch" ]]; then exit "${FAKE_TORCH_STATUS:-0}"; fi
 if [[ "$1" == -c ]]; then exit "${FAKE_CUDA_STATUS:-0}"; fi
 if [[ "$*" == *bench_training.py*--compile* ]]; then exit 3; fi
 args=("$@")
@@ -182,6 +201,15 @@ def test_gpu_check_refuses_without_cuda(tmp_path):
 
     assert result.returncode == 2
     assert "CUDA is not available" in result.stderr
+    assert calls == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_refuses_without_torch(tmp_path):
+    result, calls = run_gpu_check(tmp_path, FAKE_TORCH_STATUS="1")
+
+    assert result.returncode == 2
+    assert "cannot import torch. Set PYTHON to an interpreter with PyTorch installed." in result.stderr
     assert calls == []
 
 

@@ -154,3 +154,18 @@ def test_confusion_matrix_counts():
     matrix = nh.confusion_matrix(labels, predictions, num_classes=3)
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     assert matrix.sum().item() == 6
+
+
+def test_interrupt_before_first_checkpoint(fashion, tmp_path, capsys):
+    def interrupt(epoch: int, step: int) -> None:
+        raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "run.pt"
+    history = nh.train(nh.build_nin(), fashion, TINY, "cpu", checkpoint=checkpoint, progress=False,
+                       step_callback=interrupt)
+
+    assert history == []
+    assert not checkpoint.exists()
+    output = capsys.readouterr().out
+    assert "Training interrupted during epoch 1" in output
+    assert "no checkpoint was saved yet" in output

@@ -113,23 +113,24 @@ def run_full_runs_cell(notebook, tmp_path, monkeypatch, files):
     run_docs_cell(notebook, tmp_path, monkeypatch, "full_training_*.json", files)
 
 
-def full_run(model, recipe, accuracies, train_acc):
+def full_run(model, recipe, accuracies, train_acc, wall_seconds=1500.0):
     history = [{"epoch": float(i + 1), "test_acc": acc, "train_acc": train_acc} for i, acc in enumerate(accuracies)]
     return {"model": model, "recipe": recipe, "history": history, "parameters": 1_996_642,
-            "wall_seconds": 1500.0, "hardware": "CPU X, 2 logical cores"}
+            "wall_seconds": wall_seconds, "hardware": "CPU X, 2 logical cores"}
 
 
 def test_full_runs_cell_without_files(notebook, tmp_path, monkeypatch, capsys):
     run_full_runs_cell(notebook, tmp_path, monkeypatch, {})
     output = capsys.readouterr().out
-    assert "No full-length run has been recorded yet" in output
+    assert "No full-length run records found" in output
     assert "python benchmarks/full_training.py" in output
 
 
 def test_full_runs_cell_reads_every_file(notebook, tmp_path, monkeypatch, capsys):
     files = {
         "full_training_cpu.json": [full_run("nin", "improved (image size 96)", [0.8, 0.9], 0.95)],
-        "full_training_gpu.json": [full_run("fc-head", "improved", [0.85, 0.88, 0.91], 0.93)],
+        "full_training_gpu.json": [full_run("fc-head", "improved", [0.85, 0.88, 0.91], 0.93, wall_seconds=14.6),
+                                   {**full_run("nin", "lesson", [], 0.0), "stopped": "TrainingCollapsed: ..."}],
     }
     run_full_runs_cell(notebook, tmp_path, monkeypatch, files)
     lines = capsys.readouterr().out.splitlines()
@@ -137,3 +138,5 @@ def test_full_runs_cell_reads_every_file(notebook, tmp_path, monkeypatch, capsys
                         "gap +0.050")
     assert lines[1] == "    1,996,642 parameters, 25 min on CPU X, 2 logical cores"
     assert lines[2] == "FC head, improved: test accuracy 0.850 after epoch 1, 0.910 after epoch 3, gap +0.020"
+    assert lines[3] == "    1,996,642 parameters, 15 s on CPU X, 2 logical cores"
+    assert lines[4] == "NiN, lesson: stopped before the first epoch ended (TrainingCollapsed: ...)"
