@@ -46,12 +46,15 @@ def format_count(value: float) -> str:
 def format_flops(flops: float) -> str:
     """Format a FLOP count with an SI prefix, e.g. ``1.23e9`` -> ``'1.23 GFLOPs'``."""
     units = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1))
-    index = next(i for i, (_, scale) in enumerate(units) if flops >= scale or i == len(units) - 1)
-    digits = 0 if index == len(units) - 1 else 2
-    # Move up one prefix when rounding reaches 1000: 999,999 prints as 1.00 MFLOPs.
-    if index > 0 and round(flops / units[index][1], digits) >= 1000:
-        index, digits = index - 1, 2
+    # The largest prefix that the value reaches, else none (below 1 FLOP too).
+    index = next((i for i, (_, scale) in enumerate(units) if flops >= scale), len(units) - 1)
     prefix, scale = units[index]
+    digits = 2 if prefix else 0
+
+    # Move up one prefix when rounding reaches 1000: 999,999 prints as 1.00 MFLOPs.
+    if index > 0 and round(flops / scale, digits) >= 1000:
+        prefix, scale = units[index - 1]
+        digits = 2
     return f"{flops / scale:.{digits}f} {prefix}FLOPs"
 
 

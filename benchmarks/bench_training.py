@@ -44,6 +44,7 @@ import nin_helpers as nh  # noqa: E402
 
 TRAIN_IMAGES = 60_000  # one epoch of Fashion-MNIST
 COLLAPSE_RETRIES = 3  # seeds tried for ours when training collapses before the timed batches end
+COMPILE_FALLBACK = "training without compile"  # the end of nh.train's notice when torch.compile fails
 
 
 @dataclass
@@ -235,12 +236,14 @@ def run_ours(args: argparse.Namespace, device: torch.device, memory: PeakMemory,
         raise SystemExit(f"nh.train stopped before the timed batches ended with seeds {args.seed} to "
                          f"{args.seed + COLLAPSE_RETRIES - 1}. Run again with another --seed.")
 
-    note = f"timed with seed {seed}" if seed != args.seed else ""
+    notes = []
+    if seed != args.seed:
+        notes.append(f"timed with seed {seed}")
     for line in notices:
         print(f"nh.train: {line}")
-        if "training without compile" in line:
-            note = "; ".join(filter(None, [note, "torch.compile failed, so ours ran eager"]))
-    return Result("ours", args.batches * args.batch_size, timer.seconds, peak, note)
+        if COMPILE_FALLBACK in line:
+            notes.append("torch.compile failed, so ours ran eager")
+    return Result("ours", args.batches * args.batch_size, timer.seconds, peak, "; ".join(notes))
 
 
 def train_ours(args: argparse.Namespace, device: torch.device, memory: PeakMemory, data: nh.FashionMNISTData,
@@ -277,7 +280,7 @@ def train_ours(args: argparse.Namespace, device: torch.device, memory: PeakMemor
         # Training stopped after the timed batches, which keeps the timing valid.
     if profiler is not None:
         print_profile(profiler, args.batches)
-    # Epoch lines are left out; notices such as a compile fallback are kept.
+    # Epoch lines are left out, and notices such as a compile fallback are kept.
     notices = [line for line in output.getvalue().splitlines() if not line.startswith("epoch ")]
     return peak[0], notices
 

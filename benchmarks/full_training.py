@@ -35,13 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_training import describe_hardware  # noqa: E402
+from bench_training import COMPILE_FALLBACK, TRAIN_IMAGES, describe_hardware  # noqa: E402
 
 import nin_helpers as nh  # noqa: E402
 
 RECIPES = {"lesson": nh.LESSON_RECIPE, "improved": nh.IMPROVED_RECIPE}
 MODELS = {"nin": nh.build_nin, "fc-head": nh.build_fc_head_variant}
-COMPILE_FALLBACK = "training without compile"  # the end of nh.train's notice when torch.compile fails
+TEST_IMAGES = 10_000  # the Fashion-MNIST test set
 
 
 class EchoedOutput(io.StringIO):
@@ -103,8 +103,13 @@ def run_recipe(data: nh.FashionMNISTData, recipe: nh.Recipe, args: argparse.Name
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - started
     if stopped is None and len(history) < recipe.epochs:
+        advice = ("Run the same command again to resume from the checkpoint." if checkpoint is not None
+                  else "Add --checkpoint-dir to be able to resume an interrupted run.")
         raise SystemExit(f"{recipe.name}: training stopped after {len(history)} of {recipe.epochs} epochs, so "
-                         f"no result was written. Run the same command again to resume from the checkpoint.")
+                         f"no result was written. {advice}")
+    if resumed:
+        # The time before the interruption is lost, so the epochs' own times stand in for it.
+        wall = sum(row["seconds"] for row in history)
     record = {
         "recipe": recipe.name,
         "model": args.model,
@@ -124,15 +129,16 @@ def run_recipe(data: nh.FashionMNISTData, recipe: nh.Recipe, args: argparse.Name
     if device.type == "cuda":
         record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     if resumed:
-        # The time before the interruption is lost, so the epochs' own times stand in for it.
-        record["wall_seconds"] = round(sum(row["seconds"] for row in history), 2)
         record["note"] = ("resumed from a checkpoint: wall_seconds is the sum of the epochs' seconds, "
                           "without moving the data to the device")
     return record
 
 
 def check_device(parser: argparse.ArgumentParser, name: str | None) -> None:
-    """Exit through ``parser.error`` unless ``name`` is a device that PyTorch has here (None: any)."""
+    """Exit through ``parser.error`` unless ``name`` is a device that PyTorch can use here.
+
+    ``None`` passes, because the scripts then pick the best device with ``nh.choose_device``.
+    """
     if name is None:
         return
     try:
@@ -140,11 +146,11 @@ def check_device(parser: argparse.ArgumentParser, name: str | None) -> None:
     except RuntimeError:
         parser.error(f"--device {name} is invalid: use cpu, cuda, cuda:N or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {name} was requested but CUDA is not available here; use --device cpu.")
+        parser.error(f"--device {name} was requested, but CUDA is not available here. Use --device cpu.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         parser.error(f"--device {name} is invalid: this machine has {torch.cuda.device_count()} CUDA device(s).")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        parser.error(f"--device {name} was requested but Apple MPS is not available here; use --device cpu.")
+        parser.error(f"--device {name} was requested, but Apple MPS is not available here. Use --device cpu.")
     if device.type not in ("cpu", "cuda", "mps"):
         parser.error(f"--device {name} is not supported: use cpu, cuda, cuda:N or mps.")
 
@@ -172,17 +178,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None,
                         help=f"folder that contains FashionMNIST/raw/ (default: ${nh.DATA_DIR_VARIABLE})")
     args = parser.parse_args(argv)
+
     min_size = nh.NiN().min_input_size
     if args.image_size is not None and args.image_size < min_size:
         parser.error(f"--image-size {args.image_size} is invalid: NiN needs at least {min_size} pixels.")
-    for name in ("epochs", "train_images", "test_images"):
+    for name, maximum in (("epochs", None), ("train_images", TRAIN_IMAGES), ("test_images", TEST_IMAGES)):
         value = getattr(args, name)
+        option = f"--{name.replace('_', '-')} {value}"
         if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} {value} is invalid: it must be at least 1.")
-    for name, count in (("train_images", 60_000), ("test_images", 10_000)):
-        value = getattr(args, name)
-        if value is not None and value > count:
-            parser.error(f"--{name.replace('_', '-')} {value} is invalid: Fashion-MNIST has {count:,} such images.")
+            parser.error(f"{option} is invalid: it must be at least 1.")
+        if value is not None and maximum is not None and value > maximum:
+            parser.error(f"{option} is invalid: Fashion-MNIST has {maximum:,} such images.")
+
     check_device(parser, args.device)
     if args.output is not None and args.output.is_dir():
         parser.error(f"--output {args.output} is a folder: give a file name, e.g. {args.output / 'full.json'}.")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure the GPU goals of docs/benchmarks.md in one run on a CUDA machine.
 #
-#   NIN_DATA_DIR=<folder holding FashionMNIST/raw> bash benchmarks/gpu_check.sh [OUTPUT_FOLDER]
+#   NIN_DATA_DIR=<folder that contains FashionMNIST/raw> bash benchmarks/gpu_check.sh [OUTPUT_FOLDER]
 #
 # Steps, most important first:
 #   1. benchmark at 224, eager: reference pipeline against ours, 300 batches each
@@ -63,7 +63,7 @@ if ! "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
     exit 2
 fi
 if ! "$python" -c "import nin_helpers as nh; nh.verify_fashion_mnist()"; then
-    echo "Set NIN_DATA_DIR to a folder holding FashionMNIST/raw with the four files." >&2
+    echo "Set NIN_DATA_DIR to the folder that contains FashionMNIST/raw with the four files." >&2
     exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

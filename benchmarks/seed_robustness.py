@@ -52,7 +52,7 @@ def main() -> None:
                         help="recipes to train (default: improved)")
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds per recipe (default: 10)")
     parser.add_argument("--first-seed", type=int, default=0,
-                        help="first seed; the seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1 (default: 0)")
+                        help="first seed: the seeds run are FIRST_SEED to FIRST_SEED + SEEDS - 1 (default: 0)")
     parser.add_argument("--threshold", type=float, default=0.70,
                         help="final test accuracy above which a run counts as learned (default: 0.70)")
     parser.add_argument("--full", action="store_true",

@@ -113,7 +113,7 @@ def test_full_training_rejects_folder_as_output(tmp_path, capsys):
 def test_device_without_cuda_rejected(capsys):
     with pytest.raises(SystemExit):
         full_training.parse_arguments(["--device", "cuda:0"])
-    assert "--device cuda:0 was requested but CUDA is not available here" in capsys.readouterr().err
+    assert "--device cuda:0 was requested, but CUDA is not available here. Use --device cpu." in capsys.readouterr().err
 
 
 def test_seed_robustness_saves_each_seed(tmp_path, monkeypatch):
